@@ -31,6 +31,7 @@ lookup table of its own::
     ├── BrokerError                    never reaches a caller of a transition
     ├── SubscriberDropped              a feed stopped serving a subscriber
     ├── LifecycleError                 a lifecycle definition is invalid
+    ├── ImportFormatError              a data-set row is malformed (orderflow.importer)
     └── ConfigurationError             a URL or an option is invalid
 
 Storage and broker adapters translate driver exceptions into these classes
