@@ -299,6 +299,9 @@ class Engine:
         self._publish_errors = RateLimitedLog(logger)
         self._owned: list[Callable[[], None]] = []
         self._closed = False
+        # The highest seq this process committed per location, so a reader in
+        # this process can wait until its feed has caught up with its writes.
+        self.committed_heads: dict[str, int] = {}
 
     @classmethod
     def open(
@@ -543,6 +546,10 @@ class Engine:
         """Publish committed events; a failure is logged and never raised."""
         if not events:
             return
+        for event in events:
+            location = event.order.location
+            if event.seq > self.committed_heads.get(location, 0):
+                self.committed_heads[location] = event.seq
         for event in events:
             try:
                 self.broker.publish(event)

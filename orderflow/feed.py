@@ -176,6 +176,7 @@ class LocationFeed:
         self._errors = RateLimitedLog(logger)
         self.catch_ups = 0
         self.applied = 0
+        self._head_waiters: list[tuple[int, anyio.Event]] = []
 
     # State at the head.
 
@@ -202,6 +203,23 @@ class LocationFeed:
                 f'"head":{self.head},"digest":"{self.digest}","orders":[{orders}]}}'
             )
         return self._snapshot_json
+
+    async def wait_for_head(self, seq: int) -> None:
+        """Wait until the feed has applied event ``seq``."""
+        if self.head >= seq:
+            return
+        event = anyio.Event()
+        self._head_waiters.append((seq, event))
+        await event.wait()
+
+    def _wake_head_waiters(self) -> None:
+        waiting = []
+        for seq, event in self._head_waiters:
+            if self.head >= seq:
+                event.set()
+            else:
+                waiting.append((seq, event))
+        self._head_waiters = waiting
 
     @property
     def subscriber_count(self) -> int:
@@ -431,3 +449,5 @@ class LocationFeed:
         self.applied += 1
         for subscriber in tuple(self._subscribers):
             subscriber._push(event)
+        if self._head_waiters:
+            self._wake_head_waiters()

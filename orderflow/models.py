@@ -134,9 +134,9 @@ class Event:
     actor: str | None
     reason: str | None
     order: Order
-    # The encoded JSON, cached because one event is written to the database,
-    # the broker and every screen.
-    _json: list[str] = field(default_factory=list, compare=False, repr=False)
+    # Encodings of this event (its JSON, a WebSocket frame), cached because
+    # one event goes to the database, the broker and every screen.
+    _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def location(self) -> str:
@@ -158,9 +158,10 @@ class Event:
 
     def to_json(self) -> str:
         """Return the event's JSON text, encoding it once."""
-        if not self._json:
-            self._json.append(dumps(self.to_dict()))
-        return self._json[0]
+        text: str | None = self._cache.get("json")
+        if text is None:
+            text = self._cache["json"] = dumps(self.to_dict())
+        return text
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:
@@ -181,7 +182,7 @@ class Event:
     def from_json(cls, text: str) -> Event:
         """Decode an event and keep ``text`` as its cached JSON."""
         event = cls.from_dict(json.loads(text))
-        event._json.append(text)
+        event._cache["json"] = text
         return event
 
 

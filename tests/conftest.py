@@ -94,3 +94,20 @@ def sqlite_url(tmp_path: Path) -> str:
 def engine(sqlite_url: str) -> Iterator[Engine]:
     with Engine.open(sqlite_url) as opened:
         yield opened
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of each kind: a SQLite file, or a PostgreSQL schema.
+
+    The PostgreSQL variant gives each test its own schema (``?schema=``) on
+    the server named by ORDERFLOW_TEST_POSTGRES_URL and drops it afterwards.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'orderflow.db'}"
+        return
+    from tests.pg_support import fresh_schema_url
+
+    base = service_url("ORDERFLOW_TEST_POSTGRES_URL", "PostgreSQL")
+    with fresh_schema_url(base) as url:
+        yield url

@@ -1,0 +1,7 @@
+"""Run the ``orderflow`` command with ``python -m orderflow``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
