@@ -368,9 +368,8 @@ class EventStream:
 
     async def _read_log(self, until: int) -> None:
         """Put the next page of events in (cursor, until] in front of the queue."""
-        async for batch in self._feed.read_range(self.cursor, until):
-            self._ready.extendleft(reversed(batch))
-            return
+        batch = await self._feed.read_page(self.cursor, until)
+        self._ready.extendleft(reversed(batch))
 
     def _rejoin(self) -> None:
         logger.info(

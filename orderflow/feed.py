@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -282,23 +282,25 @@ class LocationFeed:
         start = since + 1 - recent[0].seq
         return [recent[i] for i in range(start, len(recent))]
 
-    async def read_range(self, since: int, until: int) -> AsyncIterator[list[Event]]:
-        """Yield the events in (since, until] from memory or the log, in pages."""
-        cursor = since
-        while cursor < until:
-            in_memory = self._from_memory(cursor)
-            if in_memory is not None:
-                batch = [event for event in in_memory if event.seq <= until]
-            else:
-                page = await self._read_events(self.location, cursor, READ_PAGE)
-                batch = [event for event in page.events if event.seq <= until]
-            if not batch:
-                raise StorageError(
-                    f"the log of location {self.location!r} has no events after seq "
-                    f"{cursor} although the head was {until}"
-                )
-            yield batch
-            cursor = batch[-1].seq
+    async def read_page(self, since: int, until: int) -> list[Event]:
+        """Return the next events after ``since`` and up to ``until``, from memory or the log.
+
+        Call it again from the last seq returned until ``until`` is reached.
+        Raises ``StorageError`` if the log has no event after ``since``
+        although ``until`` is beyond it.
+        """
+        in_memory = self._from_memory(since)
+        if in_memory is not None:
+            batch = [event for event in in_memory if event.seq <= until]
+        else:
+            page = await self._read_events(self.location, since, READ_PAGE)
+            batch = [event for event in page.events if event.seq <= until]
+        if not batch and since < until:
+            raise StorageError(
+                f"the log of location {self.location!r} has no events after seq "
+                f"{since} although the head was {until}"
+            )
+        return batch
 
     def _end_all(self, reason: str) -> None:
         for subscriber in list(self._subscribers):

@@ -35,7 +35,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError
 
-from ..errors import StorageError, SubscriberDropped
+from ..errors import HistoryTruncated, StorageError, SubscriberDropped
 from ..feed import Attachment, FeedSubscriber, LocationFeed
 from ..models import Event, dumps
 
@@ -212,10 +212,13 @@ class WebSocketSession:
                 replayed += len(batch)
         else:
             try:
-                async for batch in feed.read_range(since, attachment.head):
+                cursor = since
+                while cursor < attachment.head:
+                    batch = await feed.read_page(cursor, attachment.head)
                     await self._send(b"".join(event_frame(event) for event in batch))
                     replayed += len(batch)
-            except StorageError as exc:
+                    cursor = batch[-1].seq
+            except (StorageError, HistoryTruncated) as exc:
                 logger.warning(
                     "screen %s of location %r: replay from seq %d failed, asking it to resync: %s",
                     self.id,
