@@ -275,12 +275,19 @@ class EngineMachine(RuleBasedStateMachine):
         class Abort(Exception):
             pass
 
-        with pytest.raises(Abort), self.engine.transaction() as tx:
-            order = tx.create(items, location=location)
-            tx.transition(order.id, "CONFIRMED", expected_version=1)
-            raise Abort
+        created: list[str] = []
+
+        def create_move_and_fail() -> None:
+            with self.engine.transaction() as tx:
+                order = tx.create(items, location=location)
+                created.append(order.id)
+                tx.transition(order.id, "CONFIRMED", expected_version=1)
+                raise Abort
+
+        with pytest.raises(Abort):
+            create_move_and_fail()
         with pytest.raises(OrderNotFound):
-            self.engine.get(order.id)
+            self.engine.get(created[0])
 
     @rule(location=st.sampled_from(LOCATIONS), items=items_strategy)
     def committed_transaction(self, location: str, items: list[dict[str, Any]]) -> None:
