@@ -25,6 +25,10 @@ class InboxSubscription:
         on_close: Callable[[InboxSubscription], None] | None = None,
         inbox: Inbox[Publication] | None = None,
     ) -> None:
+        if isinstance(locations, str):
+            raise TypeError(
+                f"locations must be a list of location names, not the string {locations!r}"
+            )
         self.locations: frozenset[str] | None = None if locations is None else frozenset(locations)
         # An inbox passed in belongs to the caller, who may share it between
         # several subscriptions; closing the subscription leaves it open.
