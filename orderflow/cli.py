@@ -17,6 +17,7 @@ from pathlib import Path
 
 import anyio
 
+from . import demo, replay
 from .errors import ConfigurationError, LifecycleError, OrderflowError
 from .feed import FeedOptions
 
@@ -154,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection_options(epoch)
     epoch.add_argument("--location", default="main", help="location to reset (default: main)")
     epoch.set_defaults(run=_run_new_epoch)
+
+    demo.add_command(commands)
+    replay.add_command(commands)
 
     return parser
 
