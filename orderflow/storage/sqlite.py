@@ -4,11 +4,11 @@ One file in WAL mode. Every write runs in ``BEGIN IMMEDIATE``, which takes
 the database's single write lock at the start of the transaction, so writers
 in all threads and processes are serialised and each location's head moves
 by exactly one per event, in commit order. Within one process, writers also
-queue on a ``threading.Lock`` first, so threads wait in line instead of
+queue on a ``threading.RLock`` first, so threads wait in line instead of
 sleeping in SQLite's busy handler; other processes wait up to the busy
 timeout.
 
-Readers use one connection per thread. In WAL mode a read transaction sees
+Each read borrows a connection from a small pool of readers. In WAL mode a read transaction sees
 one consistent version of the database while writers go on, which makes the
 snapshot and the event log reads consistent with their head.
 
@@ -50,6 +50,7 @@ __all__ = ["SQLiteStorage"]
 logger = logging.getLogger(__name__)
 
 MEMORY = ":memory:"
+MAX_IDLE_READERS = 8
 
 
 class _OrderflowMigrations(Migrations):
@@ -351,10 +352,13 @@ class SQLiteStorage:
         self._memory = self._path == MEMORY
         self._synchronous = synchronous.upper()
         self._busy_timeout = busy_timeout
-        self._write_lock = threading.Lock()
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
+        # Reentrant, so that close() from a commit listener does not wait for itself.
+        self._write_lock = threading.RLock()
+        # Idle reader connections. A read takes one for its transaction and
+        # gives it back, so no two threads ever use a connection at once and
+        # threads that end leave no connection behind.
+        self._idle_readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
         self._closed = False
 
@@ -416,19 +420,25 @@ class SQLiteStorage:
                 cached_statements=64,
             )
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        with self._connections_lock:
-            self._connections.append(conn)
         return conn
 
-    def _reader(self) -> sqlite3.Connection:
-        writer = self._writer_connection()
-        if self._memory:
-            return writer
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """Lend an idle reader connection (a new one if none is idle) for one read."""
+        with self._readers_lock:
+            self._writer_connection()
+            conn = self._idle_readers.pop() if self._idle_readers else None
         if conn is None:
             conn = self._connect()
-            self._local.conn = conn
-        return conn
+        try:
+            yield conn
+        finally:
+            with self._readers_lock:
+                keep = not self._closed and len(self._idle_readers) < MAX_IDLE_READERS
+                if keep:
+                    self._idle_readers.append(conn)
+            if not keep:
+                conn.close()
 
     def _writer_connection(self) -> sqlite3.Connection:
         if self._closed or self._writer is None:
@@ -463,12 +473,19 @@ class SQLiteStorage:
         logger.info("opened SQLite storage %s", self.url)
 
     def close(self) -> None:
-        self._closed = True
-        with self._connections_lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
+        """Close the writer and the idle readers; readers in use close when their read ends."""
+        with self._readers_lock:
+            self._closed = True
+            idle, self._idle_readers = self._idle_readers, []
+        for conn in idle:
             conn.close()
-        self._writer = None
+        # Closing a connection while another thread runs a statement on it
+        # crashes the interpreter (a segmentation fault in CPython 3.11.7's
+        # sqlite3), so the writer is closed only once no write is running.
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = None
 
     # Writes.
 
@@ -516,20 +533,22 @@ class SQLiteStorage:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """Run a read transaction: every statement inside sees one database version."""
-        conn = self._reader()
-        lock = self._write_lock if self._memory else None
-        if lock is not None:
-            lock.acquire()
-        try:
-            with _translate_errors(self._path):
+        if self._memory:
+            # One connection serves everything, so reads queue with writes.
+            with self._write_lock, _translate_errors(self._path):
+                conn = self._writer_connection()
                 conn.execute("BEGIN")
                 try:
                     yield conn
                 finally:
                     conn.execute("COMMIT")
-        finally:
-            if lock is not None:
-                lock.release()
+            return
+        with self._reader() as conn, _translate_errors(self._path):
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
 
     def _ensure_location(self, location: str) -> None:
         with self.write() as tx:
