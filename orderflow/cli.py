@@ -100,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
+        "--location",
+        dest="locations",
+        action="append",
+        metavar="NAME",
+        help=(
+            "serve only this location; repeat for several (default: any valid name, "
+            "created on first use)"
+        ),
+    )
+    serve.add_argument(
         "--max-replay",
         type=int,
         default=1000,
@@ -221,6 +231,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         feed=FeedOptions(poll_interval=args.poll_interval),
         tokens=_load_tokens(args.tokens),  # type: ignore[arg-type]
+        locations=frozenset(args.locations) if args.locations else None,
     )
 
     async def serve() -> None:

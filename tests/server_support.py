@@ -8,20 +8,24 @@ several nodes.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.abc
 
 from orderflow.aio import AsyncEngine
 from orderflow.broker import Broker
 from orderflow.feed import FeedOptions
+from orderflow.lifecycle import Lifecycle
 from orderflow.server import Server, ServerConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,12 +49,18 @@ async def running_server(
     *,
     config: ServerConfig | None = None,
     feed: FeedOptions | None = None,
+    lifecycle: Lifecycle | Mapping[str, Any] | None = None,
 ) -> AsyncIterator[RunningServer]:
-    """Run a server on 127.0.0.1 with a free port for the duration of the block."""
+    """Run a server on 127.0.0.1 with a free port for the duration of the block.
+
+    ``lifecycle`` replaces the default restaurant lifecycle of the engine.
+    """
     config = replace(config or ServerConfig(), host="127.0.0.1", port=0)
     if feed is not None:
         config = replace(config, feed=feed)
-    async with AsyncEngine.open(database_url, broker, feed_options=config.feed) as engine:
+    async with AsyncEngine.open(
+        database_url, broker, lifecycle=lifecycle, feed_options=config.feed
+    ) as engine:
         server = Server(engine, config)
         async with anyio.create_task_group() as task_group:
             url = await task_group.start(server.serve)
@@ -155,3 +165,124 @@ class ServerProcess:
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()
+
+
+# Raw HTTP: requests written byte for byte and responses parsed by hand, so a
+# test checks the exact bytes the server wrote (pipelining, HEAD, limits).
+
+
+@dataclass
+class RawResponse:
+    """One HTTP response as read off the wire. Header names are lower case."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    header_lines: list[tuple[str, str]] = field(default_factory=list)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class RawConnection:
+    """A TCP connection to a test server that sends bytes exactly as given."""
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def send(self, data: bytes) -> None:
+        with anyio.fail_after(5):
+            await self.stream.send(data)
+
+    async def _fill(self) -> bool:
+        """Read more bytes into the buffer; return False at the end of the stream."""
+        try:
+            data = await self.stream.receive(65536)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
+            return False
+        self.buffer += data
+        return True
+
+    async def read_response(self, *, timeout: float = 5.0, head: bool = False) -> RawResponse:
+        """Read one response. Set ``head`` for the response to a HEAD request, which has no body."""
+        with anyio.fail_after(timeout):
+            while b"\r\n\r\n" not in self.buffer:
+                if not await self._fill():
+                    raise EOFError(f"the connection closed inside a response head: {self.buffer!r}")
+            head_bytes, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            status_line, *lines = head_bytes.decode("latin-1").split("\r\n")
+            version, status, *_ = status_line.split(" ", 2)
+            if version != "HTTP/1.1":
+                raise ValueError(f"unexpected status line {status_line!r}")
+            header_lines = []
+            for line in lines:
+                name, _, value = line.partition(":")
+                header_lines.append((name.strip().lower(), value.strip()))
+            headers = {name: value for name, value in header_lines}
+            response = RawResponse(int(status), headers, b"", header_lines)
+            if head or response.status in (204, 304) or response.status < 200:
+                return response
+            if "transfer-encoding" in headers:
+                raise ValueError("the test parser reads only content-length bodies")
+            length = int(headers.get("content-length", "0"))
+            while len(self.buffer) < length:
+                if not await self._fill():
+                    raise EOFError("the connection closed inside a response body")
+            response.body, self.buffer = self.buffer[:length], self.buffer[length:]
+            return response
+
+    async def wait_closed(self, timeout: float = 5.0) -> bytes:
+        """Read until the server closes the connection; return what came before the end.
+
+        Raises ``TimeoutError`` if the connection is still open after ``timeout`` s.
+        """
+        with anyio.fail_after(timeout):
+            while await self._fill():
+                pass
+        rest, self.buffer = self.buffer, b""
+        return rest
+
+
+@asynccontextmanager
+async def raw_connection(port: int) -> AsyncIterator[RawConnection]:
+    """Open a ``RawConnection`` to 127.0.0.1:``port`` for the duration of the block."""
+    with anyio.fail_after(5):
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+    async with stream:
+        yield RawConnection(stream)
+
+
+async def raw_request(port: int, data: bytes, *, timeout: float = 5.0) -> RawResponse:
+    """Send ``data`` on a new connection and return the first response."""
+    async with raw_connection(port) as connection:
+        await connection.send(data)
+        return await connection.read_response(timeout=timeout)
+
+
+def http_request(
+    method: str,
+    target: str,
+    body: bytes | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+) -> bytes:
+    """Encode one HTTP/1.1 request with a Content-Length when it has a body."""
+    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+# The digest of the wire contract, computed here without orderflow's own code.
+
+
+def fnv1a_digest(orders: Iterable[tuple[str, int]]) -> str:
+    """Return the digest of ``(order id, version)`` pairs: the sum of 64-bit FNV-1a hashes."""
+    total = 0
+    for order_id, version in orders:
+        value = 0xCBF29CE484222325
+        for byte in f"{order_id}\n{version}".encode():
+            value = ((value ^ byte) * 0x100000001B3) % 2**64
+        total = (total + value) % 2**64
+    return f"{total:016x}"

@@ -43,6 +43,7 @@ class Api:
         self.engine = engine
         self.config = config
         self._screen_page: bytes | None = None
+        self._screen_script: bytes | None = None
 
     # Dispatch.
 
@@ -61,10 +62,16 @@ class Api:
             if isinstance(error, _MethodNotAllowed):
                 headers.append(("allow", error.detail.rsplit(": ", 1)[-1]))
             return problem_response(error, headers)
+        except Exception:
+            # A bug must cost one request a 500, not the whole server.
+            logger.exception("%s %s failed with an unexpected error", request.method, request.path)
+            return problem_response(
+                OrderflowError("the server failed to handle this request; see its log")
+            )
 
     @property
     def _public(self) -> set[Handler]:
-        return {self.healthz, self.screen, self.lifecycle}
+        return {self.healthz, self.screen, self.screen_script, self.lifecycle}
 
     def _route(self, request: Request) -> tuple[Handler, str]:
         path = request.path
@@ -96,6 +103,8 @@ class Api:
             routes = {"GET": self.lifecycle}
         elif path in ("/", "/screen"):
             routes = {"GET": self.screen}
+        elif path == "/static/screen.js":
+            routes = {"GET": self.screen_script}
         else:
             raise NotFound(f"no resource at {path}; see the API paths in the README")
         handler = routes.get(method) or (routes.get("GET") if method == "HEAD" else None)
@@ -104,6 +113,17 @@ class Api:
                 f"{method} is not allowed on {path}; allowed: {', '.join(sorted(routes))}"
             )
         return handler, argument
+
+    def location(self, value: str) -> str:
+        """Validate a location name and check it against the server's list, if it has one."""
+        location = core.validate_location(value)
+        allowed = self.config.locations
+        if allowed is not None and location not in allowed:
+            raise NotFound(
+                f"location {location!r} is not served here; this server serves "
+                f"{', '.join(sorted(allowed))}"
+            )
+        return location
 
     def authenticate(self, request: Request) -> TokenInfo | None:
         """Return the token holder, or None when the server needs no token."""
@@ -126,7 +146,7 @@ class Api:
     # Reads.
 
     async def active(self, request: Request, auth: TokenInfo | None, _: str) -> Response:
-        location = core.validate_location(request.query.get("location", "main"))
+        location = self.location(request.query.get("location", "main"))
         feed = await self.engine.feed(location)
         # Read your writes: wait for this node's own commits to reach the feed.
         committed = self.engine.sync.committed_heads.get(location, 0)
@@ -152,7 +172,7 @@ class Api:
             raise InvalidRequest("since", "is required: GET /events?since=<last seq you have>")
         since = _int_param(query, "since", minimum=0)
         limit = _int_param(query, "limit", minimum=1, default=1000)
-        location = core.validate_location(query.get("location", "main"))
+        location = self.location(query.get("location", "main"))
         epoch = query.get("epoch") or None
         page = await self.engine.events_since(since, location=location, epoch=epoch, limit=limit)
         body = (
@@ -187,11 +207,19 @@ class Api:
             )
         return Response(200, self._screen_page, "text/html; charset=utf-8")
 
+    async def screen_script(self, request: Request, auth: TokenInfo | None, _: str) -> Response:
+        if self._screen_script is None:
+            self._screen_script = (
+                resources.files("orderflow").joinpath("static/screen.js").read_bytes()
+            )
+        return Response(200, self._screen_script, "text/javascript; charset=utf-8")
+
     # Writes.
 
     async def create(self, request: Request, auth: TokenInfo | None, _: str) -> Response:
         body = request.json()
         parsed = core.parse_new_order(body)
+        self.location(parsed.location)
         key = _idempotency_key(request)
         actor = auth.actor if auth is not None else parsed.actor
         order = await self.engine.create(
@@ -251,7 +279,8 @@ def _int_param(
         if default is None:
             raise InvalidRequest(name, "is required")
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    # isdigit() alone also accepts digits that int() rejects, such as "²".
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise InvalidRequest(name, f"must be a whole number of at least {minimum}, not {raw!r}")
     value = int(raw)
     if value < minimum:

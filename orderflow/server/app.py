@@ -8,8 +8,9 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from wsproto.events import RejectConnection
+from wsproto.utilities import RemoteProtocolError
 
-from .. import core
 from ..aio import AsyncEngine
 from ..errors import InvalidRequest, OrderflowError, StorageError
 from .api import Api
@@ -138,6 +139,9 @@ class Server:
             TimeoutError,
         ) as exc:
             logger.debug("connection %s ended: %r", connection_id, exc)
+        except Exception:
+            # A bug must cost one connection, not the whole server.
+            logger.exception("connection %s failed with an unexpected error", connection_id)
         finally:
             self._connections -= 1
             with anyio.CancelScope(shield=True):
@@ -188,11 +192,7 @@ class Server:
                 self._check_drained()
             if self._stopping.is_set():
                 response.close = True
-            if request.method == "HEAD":
-                response = Response(
-                    response.status, b"", response.content_type, response.headers, response.close
-                )
-            await http.send(response)
+            await http.send(response, head_only=request.method == "HEAD")
             if response.close or not http.can_continue():
                 return
 
@@ -201,10 +201,16 @@ class Server:
     ) -> None:
         try:
             self.api.authenticate(request)
-            location = core.validate_location(request.query.get("location", "main"))
+            location = self.api.location(request.query.get("location", "main"))
             since = _optional_int(request.query.get("since"), "since")
             epoch = request.query.get("epoch") or None
             feed = await self.engine.feed(location)
+            if since is not None:
+                # The feed learns of pruning only when it reloads, so the
+                # retained range is read from the log. Below it, a snapshot.
+                position = await self.engine.position(location)
+                if since < position.oldest:
+                    since = None
         except OrderflowError as error:
             if isinstance(error, StorageError):
                 logger.warning("screen %s rejected: %s", connection_id, error)
@@ -214,7 +220,12 @@ class Server:
             return
 
         session = WebSocketSession(http.stream, self.config, connection_id, feed)
-        handshake = session.accept(request, http.h11.trailing_data[0])
+        try:
+            handshake = session.accept(request, http.h11.trailing_data[0])
+        except RemoteProtocolError as exc:
+            logger.info("connection %s: rejected a WebSocket handshake: %s", connection_id, exc)
+            await http.send(_handshake_failure(exc))
+            return
         with anyio.fail_after(self.config.send_timeout):
             await http.stream.send(handshake)
         logger.info(
@@ -234,6 +245,24 @@ class Server:
             self._check_drained()
 
 
+def _handshake_failure(exc: RemoteProtocolError) -> Response:
+    """Build the problem response to an upgrade request that wsproto rejected."""
+    error = InvalidRequest("handshake", f"invalid WebSocket handshake: {exc}")
+    headers: list[tuple[str, str]] = []
+    hint = exc.event_hint
+    if isinstance(hint, RejectConnection):
+        # 426 with Sec-WebSocket-Version for an unsupported version, else 400.
+        error.status = hint.status_code
+        headers = [
+            (bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in hint.headers
+        ]
+    else:
+        error.status = 400
+    response = problem_response(error, headers)
+    response.close = True
+    return response
+
+
 def _wants_websocket(request: Request) -> bool:
     upgrade = (request.header("upgrade") or "").lower()
     return request.method == "GET" and upgrade == "websocket"
@@ -242,6 +271,7 @@ def _wants_websocket(request: Request) -> bool:
 def _optional_int(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
-    if not value.isdigit() or len(value) > 18:
+    # isdigit() alone also accepts digits that int() rejects, such as "²".
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise InvalidRequest(name, f"must be a whole number of at least 0, not {value!r}")
     return int(value)

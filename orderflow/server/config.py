@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..errors import ConfigurationError
+from ..core import validate_location
+from ..errors import ConfigurationError, InvalidRequest
 from ..feed import FeedOptions
 
 __all__ = ["ServerConfig", "TokenInfo"]
@@ -31,6 +32,8 @@ class ServerConfig:
     is dropped. ``idle_timeout`` closes keep-alive connections with no request.
     ``send_timeout`` drops a client that stops reading. ``tokens`` maps bearer
     tokens to their holders; when it is empty, no authentication is required.
+    ``locations``, when set, lists the only locations the server serves, so a
+    request for any other name gets 404 instead of creating a new event log.
     """
 
     host: str = "127.0.0.1"
@@ -49,6 +52,7 @@ class ServerConfig:
     shutdown_grace: float = 5.0
     feed: FeedOptions = field(default_factory=FeedOptions)
     tokens: Mapping[str, TokenInfo] = field(default_factory=dict)
+    locations: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         positive = {
@@ -72,5 +76,10 @@ class ServerConfig:
             raise ConfigurationError(
                 f"shutdown_grace must be at least 0, not {self.shutdown_grace}"
             )
+        for location in self.locations or ():
+            try:
+                validate_location(location)
+            except InvalidRequest as exc:
+                raise ConfigurationError(f"locations: {exc.detail}") from None
         if not 0 <= self.port <= 65535:
             raise ConfigurationError(f"port must be from 0 to 65535, not {self.port}")

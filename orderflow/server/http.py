@@ -70,6 +70,8 @@ class Request:
             return json.loads(text, parse_constant=_reject_constant)
         except ValueError as exc:
             raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidJSON("the request body nests arrays or objects too deeply") from None
 
 
 def _reject_constant(name: str) -> Any:
@@ -127,6 +129,14 @@ class _HeaderTooLarge(PayloadTooLarge):
     title = "Request header fields too large"
 
 
+def _head_size(event: h11.Request) -> int:
+    """Return the size of a request head as sent, less optional whitespace h11 stripped."""
+    size = len(event.method) + 1 + len(event.target) + len(b" HTTP/1.1\r\n") + 2
+    for name, value in event.headers:
+        size += len(name) + 2 + len(value) + 2
+    return size
+
+
 class HttpConnection:
     """Requests and responses on one client connection."""
 
@@ -153,6 +163,17 @@ class HttpConnection:
             raise ProtocolFailure(None)
         self.requests += 1
 
+        # h11 enforces max_header_bytes only while a head is incomplete, so a
+        # whole head that arrives in one read is measured here.
+        if _head_size(event) > self.config.max_header_bytes:
+            raise ProtocolFailure(
+                problem_response(
+                    _HeaderTooLarge(
+                        self.config.max_header_bytes,
+                        f"the request head is larger than {self.config.max_header_bytes} bytes",
+                    )
+                )
+            )
         if len(event.headers) > self.config.max_header_count:
             raise ProtocolFailure(
                 problem_response(
@@ -244,6 +265,11 @@ class HttpConnection:
         length = request.header("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise ProtocolFailure(problem_response(PayloadTooLarge(limit)))
+        if self.h11.they_are_waiting_for_100_continue:
+            # The client holds the body back until it reads 100 Continue.
+            interim = self.h11.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+            with anyio.fail_after(self.config.send_timeout):
+                await self.stream.send(interim)
         chunks: list[bytes] = []
         size = 0
         with anyio.move_on_after(self.config.body_timeout) as scope:
@@ -264,8 +290,12 @@ class HttpConnection:
             raise ProtocolFailure(_timeout_response("the request body was not received in time"))
         return b"".join(chunks)
 
-    async def send(self, response: Response) -> None:
-        """Write ``response``; close the connection afterwards if it must close."""
+    async def send(self, response: Response, *, head_only: bool = False) -> None:
+        """Write ``response``; close the connection afterwards if it must close.
+
+        With ``head_only``, for a response to a HEAD request, the head
+        carries the body's Content-Length and the body is not sent.
+        """
         headers = [
             ("content-type", response.content_type),
             ("content-length", str(len(response.body))),
@@ -274,14 +304,12 @@ class HttpConnection:
         if response.close:
             headers.append(("connection", "close"))
         try:
-            data = self.h11.send(
-                h11.Response(
-                    status_code=response.status,
-                    headers=headers,
-                    reason=_reason_phrase(response.status),
-                )
+            head = h11.Response(
+                status_code=response.status, headers=headers, reason=_reason_phrase(response.status)
             )
-            data = (data or b"") + (self.h11.send(h11.Data(data=response.body)) or b"")
+            data = self.h11.send(head) or b""
+            if not head_only:
+                data += self.h11.send(h11.Data(data=response.body)) or b""
             data += self.h11.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
             # The connection is in no state for a response (for example the

@@ -174,7 +174,8 @@ class WebSocketSession:
             if batch:
                 await self._send(b"".join(event_frame(event) for event in batch))
                 self.sent_events += len(batch)
-                continue
+            # A heartbeat goes out when due, also between batches under steady
+            # traffic, but only while nothing is queued for this screen.
             if anyio.current_time() >= heartbeat_at and subscriber.pending() == 0:
                 # Nothing is queued, so the head is exactly the last event this
                 # screen was sent, and the digest is of the state it built.
@@ -226,7 +227,9 @@ class WebSocketSession:
                     since,
                     exc,
                 )
-                await self._resync("storage_unavailable")
+                await self._resync(
+                    "truncated" if isinstance(exc, HistoryTruncated) else "storage_unavailable"
+                )
         self.sent_events += replayed
         logger.info(
             "screen %s of location %r resumed from seq %d to %d (%d events replayed)",
