@@ -92,7 +92,10 @@ class WriteTransaction(Protocol):
         """Write the order row, append its event as the new head, and store the key.
 
         The event's seq must be the location's head + 1. Raises ``IdConflict``
-        when a new order's id is taken.
+        when a new order's id is taken. An adapter that sends its writes
+        together with COMMIT (PostgreSQL) may raise it from the next call in
+        the transaction or when the ``write()`` block commits instead;
+        nothing is committed either way.
         """
         ...
 
@@ -122,8 +125,10 @@ class Storage(Protocol):
         """Open a write transaction that commits when the block exits normally.
 
         ``on_commit`` runs right after a successful COMMIT. Adapters that
-        serialise writers in-process call it before letting the next writer
-        in, so events leave a process in seq order.
+        serialise writers in-process (SQLite) call it before letting the next
+        writer in, so events leave a process in seq order; others (PostgreSQL)
+        may call it out of seq order across threads, which feeds repair by
+        reading the missing events from the log.
         """
         ...
 

@@ -23,6 +23,7 @@ import logging
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -451,7 +452,7 @@ class SQLiteStorage:
         self._writer = self._connect()
         with _translate_errors(self._path):
             if not self._memory:
-                mode = self._writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = self._enable_wal(self._writer)
                 if mode.lower() != "wal":
                     raise StorageUnavailable(
                         f"SQLite database {self._path} cannot use WAL mode (got {mode!r})"
@@ -471,6 +472,20 @@ class SQLiteStorage:
         if pending:
             logger.info("migrated SQLite database %s: applied %s", self._path, ", ".join(pending))
         logger.info("opened SQLite storage %s", self.url)
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> str:
+        # Switching to WAL needs an exclusive lock, and SQLite reports
+        # "database is locked" at once, without the busy handler, when
+        # another connection opens the same new file at that moment.
+        deadline = time.monotonic() + self._busy_timeout / 1000
+        while True:
+            try:
+                mode: str = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                return mode
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)
 
     def close(self) -> None:
         """Close the writer and the idle readers; readers in use close when their read ends."""
