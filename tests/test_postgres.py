@@ -745,3 +745,52 @@ def test_pid_is_postmaster(server: TemporaryPostgres) -> None:
     with open(server.data / "postmaster.pid") as pid_file:
         assert int(pid_file.readline()) == server.pid
     assert os.path.exists(f"/proc/{server.pid}")
+
+
+@pytest.mark.fault
+def test_server_answers_503_while_database_down(
+    server: TemporaryPostgres, server_url: str
+) -> None:
+    """The HTTP API reports the outage as 503 and recovers without a restart."""
+    import anyio
+
+    from orderflow.client import HttpClient
+    from tests.server_support import running_server
+
+    async def scenario() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        # A short pool timeout makes calls during the outage fail fast.
+        url = server_url + "&pool_timeout=1"
+        async with running_server(url) as running, HttpClient(running.url) as http:
+            order = await http.create_order([{"name": "Paella", "quantity": 2}])
+            await anyio.to_thread.run_sync(server.stop)
+            during = await http.request(
+                "POST", f"/orders/{order['id']}/transitions", {"to": "CONFIRMED"}
+            )
+            seen["during_status"] = during.status
+            seen["during_code"] = during.json()["code"]
+            seen["health_status"] = (await http.request("GET", "/healthz")).status
+            await anyio.to_thread.run_sync(server.start)
+
+            async def transition_succeeds() -> dict[str, Any]:
+                with anyio.fail_after(30):
+                    while True:
+                        response = await http.request(
+                            "POST", f"/orders/{order['id']}/transitions", {"to": "CONFIRMED"}
+                        )
+                        if response.status == 200:
+                            result: dict[str, Any] = response.json()
+                            return result
+                        await anyio.sleep(0.1)
+
+            seen["after"] = await transition_succeeds()
+            seen["health_after"] = (await http.request("GET", "/healthz")).status
+        return seen
+
+    seen = anyio.run(scenario)
+    assert seen["during_status"] == 503
+    assert seen["during_code"] == "storage_unavailable"
+    assert seen["health_status"] == 503
+    assert seen["after"]["state"] == "CONFIRMED"
+    assert seen["after"]["version"] == 2
+    assert seen["health_after"] == 200

@@ -26,7 +26,7 @@ Reads that must agree with a head (snapshot, events since a cursor) are
 single statements, so they see one snapshot of the database.
 
 URL: ``postgresql://user:password@host:port/dbname?schema=orderflow&pool_min=1
-&pool_max=10&pool_timeout=10&lock_timeout=5000&statement_timeout=30000``.
+&pool_max=10&pool_timeout=5&lock_timeout=5000&statement_timeout=30000``.
 Those six options belong to orderflow and are removed before the URL reaches
 libpq; every other query option must be a libpq connection parameter
 (``connect_timeout``, ``sslmode``, ``application_name``...).
@@ -51,6 +51,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
 
 from .._logging import RateLimitedLog
 from ..digest import digest_of
@@ -78,7 +79,7 @@ Connection = psycopg.Connection[TupleRow]
 DEFAULT_SCHEMA = "orderflow"
 DEFAULT_POOL_MIN = 1
 DEFAULT_POOL_MAX = 10
-DEFAULT_POOL_TIMEOUT = 10.0
+DEFAULT_POOL_TIMEOUT = 5.0
 DEFAULT_LOCK_TIMEOUT = 5000
 DEFAULT_STATEMENT_TIMEOUT = 30000
 DEFAULT_CONNECT_TIMEOUT = 5
@@ -798,6 +799,32 @@ class _PostgresWrite:
 # The adapter.
 
 
+class _CappedBackoff(AttemptWithBackoff):
+    """Reconnection delays that double from about 1 s but never exceed 2 s."""
+
+    MAX_DELAY = 2.0
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, self.MAX_DELAY)
+
+
+class _QuickReconnectPool(ConnectionPool[Connection]):
+    """A pool that keeps retrying a lost server every 2 s at most.
+
+    psycopg_pool doubles the delay between reconnection attempts without a
+    cap (1, 2, 4 ... 256 s), so after an outage of a minute the pool could
+    wait another minute before it noticed that the server was back.
+    """
+
+    # NOTE: this overrides a private method of psycopg_pool (checked with
+    # psycopg-pool 3.3); a release that renames it only loses the cap.
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        if attempt is None:
+            attempt = _CappedBackoff(timeout=self.reconnect_timeout)
+        super()._add_connection(attempt, growing)
+
+
 class PostgresStorage:
     """Storage in a PostgreSQL database, shared by any number of processes and nodes.
 
@@ -845,7 +872,7 @@ class PostgresStorage:
             return
         self._migrate()
         options = self._options
-        pool: ConnectionPool[Connection] = ConnectionPool(
+        pool: ConnectionPool[Connection] = _QuickReconnectPool(
             self._conninfo,
             kwargs=self._connect_kwargs,
             min_size=options.pool_min,
