@@ -45,6 +45,7 @@ from wsproto.events import (
 from wsproto.events import (
     Request as WSRequest,
 )
+from wsproto.utilities import RemoteProtocolError
 
 from .digest import contribution, format_digest
 from .errors import OrderflowError
@@ -177,6 +178,9 @@ class _WebSocket:
             self.ws.receive_data(data)
             for event in self.ws.events():
                 if isinstance(event, AcceptConnection):
+                    # wsproto buffers frames that came in the same read as
+                    # the 101 response, and only events() returns them.
+                    self._pending.extend(self.ws.events())
                     return
                 if isinstance(event, RejectConnection):
                     reject = event
@@ -204,7 +208,12 @@ class _WebSocket:
                     if event.message_finished:
                         text = "".join(self._parts)
                         self._parts.clear()
-                        message: dict[str, Any] = json.loads(text)
+                        try:
+                            message = json.loads(text)
+                        except ValueError:
+                            raise _Reconnect(f"invalid JSON message: {text[:80]!r}") from None
+                        if not isinstance(message, dict):
+                            raise _Reconnect(f"invalid message, not a JSON object: {text[:80]!r}")
                         return message
                 elif isinstance(event, Ping):
                     await self.stream.send(self.ws.send(event.response()))
@@ -298,7 +307,6 @@ class Screen:
         self._session_scope: anyio.CancelScope | None = None
         self._online = anyio.Event()
         self._online.set()
-        self._announced_head = 0
 
     async def __aenter__(self) -> Screen:
         self._task_group = anyio.create_task_group()
@@ -348,8 +356,16 @@ class Screen:
                 listener.send_nowait(change)
             except anyio.WouldBlock:
                 logger.warning("%s: a changes() reader is too slow; dropping a change", self.name)
+        self._wake()
+
+    def _wake(self) -> None:
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
+
+    def _set_connected(self) -> None:
+        # wait_until predicates may test ``connected``, so wake them.
+        self.connected = True
+        self._wake()
 
     def go_offline(self) -> None:
         """Drop the connection and stay away until ``go_online`` (tests and demos)."""
@@ -379,8 +395,15 @@ class Screen:
                 self.reconnect_reasons.append("connection dropped by the caller")
             except _Reconnect as again:
                 self.reconnect_reasons.append(again.reason)
-                self._force_snapshot = again.snapshot
+                # Only a loaded snapshot clears a snapshot request, so a
+                # session that fails before its first message keeps it.
+                self._force_snapshot = self._force_snapshot or again.snapshot
                 logger.info("%s: reconnecting to %s: %s", self.name, self.url, again.reason)
+                if not self.connected and anyio.current_time() - started < 1.0:
+                    # A session closed before its first message counts as a
+                    # failed connection, so the screen backs off instead of
+                    # retrying in a tight loop.
+                    failures += 1
             except (
                 OSError,
                 TimeoutError,
@@ -388,15 +411,19 @@ class Screen:
                 anyio.EndOfStream,
                 ApiError,
                 h11.ProtocolError,
+                RemoteProtocolError,
             ) as exc:
-                self.reconnect_reasons.append(f"connect failed: {exc!r}")
+                self.reconnect_reasons.append(f"connect failed: {_describe(exc)}")
                 logger.info("%s: connection to %s failed: %r", self.name, self.url, exc)
                 if anyio.current_time() - started < 1.0:
                     failures += 1
                 self._url_index = (self._url_index + 1) % len(self.urls)
             finally:
                 self._session_scope = None
+                # Wake waiters even when the screen never connected,
+                # because predicates may test reconnect_reasons.
                 self.connected = False
+                self._wake()
                 if self._socket is not None:
                     with anyio.CancelScope(shield=True):
                         await self._socket.aclose()
@@ -423,7 +450,11 @@ class Screen:
         socket = await _WebSocket.connect(self._ws_url(), self.connect_timeout)
         self._socket = socket
         self.connections += 1
-        first = await self._receive(socket)
+        first: dict[str, Any] | None = None
+        with anyio.move_on_after(self.silence_timeout):
+            first = await self._receive(socket)
+        if first is None:
+            raise _Reconnect("the server sent no first message within the silence timeout")
         mirror = self.mirror
         consistent_at: int | None = None
         if first["type"] == "snapshot":
@@ -431,7 +462,7 @@ class Screen:
             self._force_snapshot = False
             self.last_outcome = "snapshot"
             self.last_recovery = time.perf_counter() - started
-            self.connected = True
+            self._set_connected()
             self._notify(ScreenChange("snapshot", mirror.last))
         elif first["type"] == "resumed":
             if first["epoch"] != mirror.epoch or first["since"] != mirror.last:
@@ -441,11 +472,12 @@ class Screen:
             if mirror.last >= consistent_at:
                 self.last_recovery = time.perf_counter() - started
                 consistent_at = None
-            self.connected = True
+            self._set_connected()
         else:
             raise _Reconnect(f"unexpected first message {first.get('type')!r}")
 
         heartbeat_deadline: float | None = None
+        announced_head = 0
         while True:
             timeout = self.silence_timeout
             if heartbeat_deadline is not None:
@@ -468,13 +500,16 @@ class Screen:
                 if consistent_at is not None and mirror.last >= consistent_at:
                     self.last_recovery = time.perf_counter() - started
                     consistent_at = None
-                if heartbeat_deadline is not None and mirror.last >= self._announced_head:
+                if heartbeat_deadline is not None and mirror.last >= announced_head:
                     heartbeat_deadline = None
             elif kind == "heartbeat":
                 head = message["head"]
                 if head > mirror.last:
-                    self._announced_head = head
-                    heartbeat_deadline = anyio.current_time() + self.gap_grace
+                    announced_head = max(announced_head, head)
+                    if heartbeat_deadline is None:
+                        # Later heartbeats keep this deadline, so a stream of
+                        # them cannot postpone it forever.
+                        heartbeat_deadline = anyio.current_time() + self.gap_grace
                 elif head == mirror.last and message["digest"] != mirror.digest:
                     raise _Reconnect(
                         f"digest mismatch at seq {head}: server {message['digest']}, "
@@ -489,6 +524,12 @@ class Screen:
         if message is None:
             raise _Reconnect(f"connection closed ({socket.close_code})")
         return message
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ApiError):
+        return f"HTTP {exc.status} {exc.code}: {exc}"
+    return repr(exc)
 
 
 # HTTP.
