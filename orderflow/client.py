@@ -350,7 +350,12 @@ class Screen:
 
     def _notify(self, change: ScreenChange) -> None:
         if self.on_change is not None:
-            self.on_change(change)
+            try:
+                self.on_change(change)
+            except Exception:
+                logger.exception(
+                    "%s: on_change raised at seq %d; the screen goes on", self.name, change.seq
+                )
         for listener in self._listeners:
             try:
                 listener.send_nowait(change)
@@ -598,6 +603,12 @@ class HttpClient:
         if self.token:
             all_headers.append(("authorization", f"Bearer {self.token}"))
         all_headers.extend((headers or {}).items())
+        # A kept-alive connection may have been closed by the server just as
+        # the request went out. Retrying is safe for reads and for writes
+        # with an idempotency key; any other write could be applied twice.
+        retryable = method in ("GET", "HEAD") or any(
+            name.lower() == "idempotency-key" for name, _ in all_headers
+        )
         for attempt in range(2):
             connection = self._idle.pop() if self._idle else None
             reused = connection is not None
@@ -609,8 +620,8 @@ class HttpClient:
                     response = await self._exchange(connection, method, path, all_headers, payload)
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, h11.RemoteProtocolError):
                 await connection.stream.aclose()
-                if reused and attempt == 0:
-                    continue  # a kept-alive connection the server had closed
+                if reused and attempt == 0 and retryable:
+                    continue
                 raise
             except BaseException:
                 await connection.stream.aclose()
@@ -707,6 +718,27 @@ class HttpClient:
         result: dict[str, Any] = await self._call(
             "POST", f"/orders/{order_id}/transitions", body, headers
         )
+        return result
+
+    async def update_order(
+        self,
+        order_id: str,
+        *,
+        items: Sequence[Mapping[str, Any]] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Replace an order's items, meta or both (``PATCH /orders/{id}``)."""
+        body: dict[str, Any] = {}
+        if items is not None:
+            body["items"] = list(items)
+        if meta is not None:
+            body["meta"] = dict(meta)
+        if expected_version is not None:
+            body["expected_version"] = expected_version
+        headers = {"idempotency-key": idempotency_key} if idempotency_key else None
+        result: dict[str, Any] = await self._call("PATCH", f"/orders/{order_id}", body, headers)
         return result
 
     async def get_order(self, order_id: str) -> dict[str, Any]:

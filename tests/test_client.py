@@ -1100,3 +1100,34 @@ async def test_http_client_keep_alive(database_url: str, anyio_backend: str) -> 
 
     assert len(ports) == 1
     assert open_connections == 1
+
+
+@pytest.mark.anyio
+async def test_http_update_order(database_url: str) -> None:
+    async with running_server(database_url) as server, HttpClient(server.url) as http:
+        order = await http.create_order([{"name": "Flan", "quantity": 1}])
+        updated = await http.update_order(
+            order["id"], items=[{"name": "Flan", "quantity": 3}], expected_version=1
+        )
+    assert updated["version"] == 2
+    assert updated["items"] == [{"name": "Flan", "quantity": 3}]
+
+
+@pytest.mark.anyio
+async def test_on_change_error_keeps_screen(database_url: str) -> None:
+    """A callback that raises is logged; the screen keeps applying events."""
+
+    def explode(change: ScreenChange) -> None:
+        raise RuntimeError("callback bug")
+
+    async with (
+        running_server(database_url) as server,
+        HttpClient(server.url) as http,
+        Screen(server.url, on_change=explode) as screen,
+    ):
+        first = await http.create_order([{"name": "Flan", "quantity": 1}])
+        second = await http.create_order([{"name": "Café", "quantity": 1}])
+        await screen.wait_until(
+            lambda mirror: {first["id"], second["id"]} <= set(mirror.orders), timeout=10
+        )
+    assert screen.mirror.last == 2
