@@ -212,6 +212,20 @@ class LocationFeed:
         self._head_waiters.append((seq, event))
         await event.wait()
 
+    async def catch_up_to(self, seq: int, timeout: float) -> bool:
+        """Read the log now and wait up to ``timeout`` seconds until event ``seq`` is applied.
+
+        Returns whether the head reached ``seq``. Call it only for a seq the
+        log already has, such as one a screen got from another node.
+        """
+        if self.head >= seq:
+            return True
+        # A notice for seq makes the loop read the log at once, not at its next poll.
+        self._inbox.put(Publication(self.location, seq, None))
+        with anyio.move_on_after(timeout):
+            await self.wait_for_head(seq)
+        return self.head >= seq
+
     def _wake_head_waiters(self) -> None:
         waiting = []
         for seq, event in self._head_waiters:

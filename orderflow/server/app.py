@@ -22,6 +22,10 @@ __all__ = ["Server"]
 
 logger = logging.getLogger(__name__)
 
+# Seconds a resuming screen waits for this node's feed to reach its seq
+# before it gets a snapshot instead.
+CATCH_UP_TIMEOUT = 1.0
+
 
 class _ServerBusy(OrderflowError):
     status = 503
@@ -211,6 +215,11 @@ class Server:
                 position = await self.engine.position(location)
                 if since < position.oldest:
                     since = None
+                elif feed.head < since <= position.head and epoch == feed.epoch:
+                    # The screen comes from a node that is ahead of this
+                    # one. Catch up first, so that it resumes instead of
+                    # taking a snapshot older than what it already shows.
+                    await feed.catch_up_to(since, CATCH_UP_TIMEOUT)
         except OrderflowError as error:
             if isinstance(error, StorageError):
                 logger.warning("screen %s rejected: %s", connection_id, error)
