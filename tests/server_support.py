@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -110,7 +111,19 @@ class ServerProcess:
             text=True,
             env=environment,
         )
+        # A reader thread drains stderr, so a chatty server never blocks on
+        # a full pipe; stderr_text() returns what it collected.
+        self._stderr_lines: list[str] = []
+        self._stderr_reader = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_reader.start()
         self.url = self._read_url(startup_timeout)
+
+    def _drain_stderr(self) -> None:
+        stream = self.process.stderr
+        if stream is None:
+            return
+        for line in stream:
+            self._stderr_lines.append(line)
 
     def _read_url(self, timeout: float) -> str:
         assert self.process.stdout is not None
@@ -132,8 +145,9 @@ class ServerProcess:
         finally:
             selector.close()
         self.kill()
-        stderr = self.process.stderr.read() if self.process.stderr else ""
-        raise RuntimeError(f"orderflow serve did not start within {timeout} s:\n{stderr}")
+        raise RuntimeError(
+            f"orderflow serve did not start within {timeout} s:\n{self.stderr_text()}"
+        )
 
     @property
     def pid(self) -> int:
@@ -151,8 +165,10 @@ class ServerProcess:
             self.process.wait(10)
 
     def stderr_text(self) -> str:
-        """Return what the process wrote to stderr; call after it stopped."""
-        return self.process.stderr.read() if self.process.stderr else ""
+        """Return what the process wrote to stderr; complete once it stopped."""
+        if self.process.poll() is not None:
+            self._stderr_reader.join(5)
+        return "".join(self._stderr_lines)
 
     def __enter__(self) -> ServerProcess:
         return self
@@ -162,6 +178,7 @@ class ServerProcess:
             self.terminate()
         except subprocess.TimeoutExpired:
             self.kill()
+        self._stderr_reader.join(5)
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()

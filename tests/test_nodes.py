@@ -94,19 +94,16 @@ POLL_CONVERGENCE_BOUND = 2 * POLL_INTERVAL + 0.5
 
 
 class Node:
-    """One ``orderflow serve`` child process.
-
-    A thread reads its stderr for the whole run, so the pipe never fills
-    and blocks the node's logging, and the log is there when a test fails.
-    """
+    """One ``orderflow serve`` child process; ``ServerProcess`` collects its log."""
 
     def __init__(self, name: str, server: ServerProcess) -> None:
         self.name = name
         self.server = server
         self.url = server.url
-        self.log: list[str] = []
-        self._reader = threading.Thread(target=self._read_log, name=f"{name} log", daemon=True)
-        self._reader.start()
+
+    @property
+    def log(self) -> list[str]:
+        return self.server.stderr_text().splitlines()
 
     @property
     def pid(self) -> int:
@@ -115,13 +112,6 @@ class Node:
     @property
     def running(self) -> bool:
         return self.server.process.poll() is None
-
-    def _read_log(self) -> None:
-        stream = self.server.process.stderr
-        if stream is None:
-            return
-        for line in stream:
-            self.log.append(line.rstrip("\n"))
 
     def kill(self) -> int:
         """Send SIGKILL to the node's pid and return its exit status."""
@@ -134,7 +124,7 @@ class Node:
             self.server.process.wait(15)
         except subprocess.TimeoutExpired:
             self.server.kill()
-        self._reader.join(5)
+        self.server.stderr_text()
         for stream in (self.server.process.stdout, self.server.process.stderr):
             if stream is not None:
                 stream.close()
