@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 
-from . import demo, replay
+from . import __version__, demo, replay
 from .errors import ConfigurationError, LifecycleError, OrderflowError
 from .feed import FeedOptions
 
@@ -30,9 +30,12 @@ BROKER_VARIABLE = "ORDERFLOW_BROKER_URL"
 DEFAULT_DATABASE = "sqlite:///orderflow.db"
 DEFAULT_BROKER = "memory://"
 
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -70,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        choices=LOG_LEVELS,
         help="how much the command logs to stderr (default: INFO)",
     )
+    parser.add_argument("--version", action="version", version=f"orderflow {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     serve = commands.add_parser(
@@ -113,25 +117,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-replay",
         type=int,
         default=1000,
-        help="most events a reconnecting screen may be behind and still resume (default: 1000)",
+        metavar="N",
+        help=(
+            "maximum number of events a reconnecting screen may have missed and still "
+            "resume; more get a snapshot (default: 1000)"
+        ),
     )
     serve.add_argument(
         "--heartbeat",
         type=float,
         default=10.0,
+        metavar="SECONDS",
         help="seconds between heartbeats on an idle WebSocket (default: 10)",
     )
     serve.add_argument(
         "--poll-interval",
         type=float,
         default=0.5,
+        metavar="SECONDS",
         help="seconds of broker silence after which the feed reads the event log (default: 0.5)",
     )
     serve.add_argument(
         "--max-connections",
         type=int,
         default=1000,
-        help="most open client connections; more get HTTP 503 (default: 1000)",
+        metavar="N",
+        help="maximum number of open client connections; more get HTTP 503 (default: 1000)",
     )
     serve.set_defaults(run=_run_serve)
 
@@ -169,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_command(commands)
     replay.add_command(commands)
 
+    # Accept --log-level after the command too (orderflow serve --log-level DEBUG).
+    for command in commands.choices.values():
+        command.add_argument(
+            "--log-level",
+            choices=LOG_LEVELS,
+            default=argparse.SUPPRESS,
+            help="how much the command logs to stderr (default: INFO)",
+        )
     return parser
 
 
@@ -183,14 +202,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
-    except (ConfigurationError, LifecycleError) as exc:
-        print(f"orderflow: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except OrderflowError as exc:
-        print(f"orderflow: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
     except KeyboardInterrupt:
-        return EXIT_OK
+        return EXIT_INTERRUPTED
+    except BaseException as exc:
+        # Errors raised inside task groups arrive wrapped in exception groups.
+        error = _first_leaf(exc)
+        if isinstance(error, (ConfigurationError, LifecycleError)):
+            print(f"orderflow: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(error, OrderflowError):
+            print(f"orderflow: {error}", file=sys.stderr)
+            return EXIT_FAILURE
+        if isinstance(error, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        raise
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """Return the first exception inside nested exception groups (or ``exc`` itself)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _load_tokens(path: Path | None) -> dict[str, object]:

@@ -62,8 +62,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The target of orderflow's original design for a screen's recovery after a
-# reconnect, in milliseconds. The demo prints it beside each measurement.
+# orderflow's target for a screen's recovery after a reconnect, in
+# milliseconds. The demo prints it beside each measurement.
 # Missing it is reported but does not fail the demo, because timings on a
 # loaded machine vary.
 RECOVERY_TARGET_MS = 20.0
@@ -504,7 +504,7 @@ def format_demo_report(report: DemoReport, *, max_problems: int = 3) -> str:
         "Recovery runs from the start of the reconnect to a view consistent with the server.",
         "For fetch on reconnect that is a new HTTP connection and the GET; reopening the",
         "WebSocket for live events comes after it and is not timed.",
-        f"The {report.target_ms:g} ms target is the original design's; missing it does not "
+        f"orderflow's recovery target is {report.target_ms:g} ms; missing it does not "
         "fail the demo.",
         "result: "
         + (

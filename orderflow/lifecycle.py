@@ -352,17 +352,23 @@ class Lifecycle:
         }
 
     def to_mermaid(self) -> str:
-        """Return the lifecycle as a Mermaid ``stateDiagram-v2``."""
+        """Return the lifecycle as a Mermaid ``stateDiagram-v2``.
+
+        Labels avoid ``:``, ``;`` and ``#``, which end or break a transition
+        label in Mermaid's state diagram grammar.
+        """
         lines = ["stateDiagram-v2", f"    [*] --> {self.initial}"]
         for rule in self._rules.values():
-            notes = []
-            if rule.name:
-                notes.append(rule.name)
+            details = []
             if rule.reason_required:
-                notes.append("reason required")
+                details.append("reason required")
             if rule.roles:
-                notes.append("roles " + ", ".join(sorted(rule.roles)))
-            suffix = f": {'; '.join(notes)}" if notes else ""
+                roles = sorted(rule.roles)
+                details.append(("role " if len(roles) == 1 else "roles ") + " or ".join(roles))
+            label = rule.name or ""
+            if details:
+                label = f"{label} ({', '.join(details)})".strip()
+            suffix = f" : {label}" if label else ""
             lines.append(f"    {rule.source} --> {rule.target}{suffix}")
         for state in self.states:
             if state in self.terminal:

@@ -635,10 +635,10 @@ def test_mermaid_exact() -> None:
     assert text.splitlines() == [
         "stateDiagram-v2",
         "    [*] --> OPEN",
-        "    OPEN --> PAID: pay",
-        "    OPEN --> VOID: void; reason required; roles manager",
+        "    OPEN --> PAID : pay",
+        "    OPEN --> VOID : void (reason required, role manager)",
         "    OPEN --> SENT",
-        "    SENT --> PAID: roles cashier, owner",
+        "    SENT --> PAID : (roles cashier or owner)",
         "    PAID --> [*]",
         "    VOID --> [*]",
     ]
@@ -647,7 +647,7 @@ def test_mermaid_exact() -> None:
 
 def test_mermaid_default_has_every_rule() -> None:
     lines = DEFAULT_LIFECYCLE.to_mermaid().splitlines()
-    arrows = {tuple(line.split(":")[0].strip().split(" --> ")) for line in lines[1:]}
+    arrows = {tuple(line.split(" : ")[0].strip().split(" --> ")) for line in lines[1:]}
 
     assert lines[0] == "stateDiagram-v2"
     assert ("[*]", "PENDING") in arrows
@@ -661,8 +661,15 @@ def test_mermaid_default_has_every_rule() -> None:
 def test_mermaid_marks_reason() -> None:
     lines = DEFAULT_LIFECYCLE.to_mermaid().splitlines()
 
-    assert "    PREPARING --> CANCELLED: cancel; reason required" in lines
-    assert "    READY --> PREPARING: recall" in lines
+    assert "    PREPARING --> CANCELLED : cancel (reason required)" in lines
+    assert "    READY --> PREPARING : recall" in lines
+
+
+def test_mermaid_labels_avoid_separators() -> None:
+    """Mermaid ends a label at ':' and breaks it at ';' or '#'."""
+    for line in DEFAULT_LIFECYCLE.to_mermaid().splitlines()[1:]:
+        _, _, label = line.partition(" : ")
+        assert not set(label) & {":", ";", "#"}, line
 
 
 def test_repr() -> None:

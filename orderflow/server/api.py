@@ -192,8 +192,8 @@ class Api:
         }
         if not health.storage_ok:
             document["status"] = "down"
-            return Response.json(503, json.dumps(document, ensure_ascii=False))
-        return Response.json(200, json.dumps(document, ensure_ascii=False))
+            return Response.json(503, dumps(document))
+        return Response.json(200, dumps(document))
 
     async def lifecycle(self, request: Request, auth: TokenInfo | None, _: str) -> Response:
         return Response.json(

@@ -12,7 +12,7 @@ from wsproto.events import RejectConnection
 from wsproto.utilities import RemoteProtocolError
 
 from ..aio import AsyncEngine
-from ..errors import InvalidRequest, OrderflowError, StorageError
+from ..errors import ConfigurationError, InvalidRequest, OrderflowError, StorageError
 from .api import Api
 from .config import ServerConfig
 from .http import HttpConnection, ProtocolFailure, Request, Response, problem_response
@@ -74,9 +74,16 @@ class Server:
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        listener = await anyio.create_tcp_listener(
-            local_host=self.config.host, local_port=self.config.port
-        )
+        try:
+            listener = await anyio.create_tcp_listener(
+                local_host=self.config.host, local_port=self.config.port
+            )
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigurationError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {reason}; "
+                "stop the other server or choose another --host or --port"
+            ) from exc
         address: Any = listener.extra(anyio.abc.SocketAttribute.local_address)
         host, port = address[0], address[1]
         shown = f"[{host}]" if ":" in str(host) else host

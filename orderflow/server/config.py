@@ -80,6 +80,6 @@ class ServerConfig:
             try:
                 validate_location(location)
             except InvalidRequest as exc:
-                raise ConfigurationError(f"locations: {exc.detail}") from None
+                raise ConfigurationError(exc.detail) from None
         if not 0 <= self.port <= 65535:
             raise ConfigurationError(f"port must be from 0 to 65535, not {self.port}")
