@@ -72,7 +72,7 @@
     },
     "error_unauthorized": {
       "en": "The access key is missing or not valid. Open the screen with a valid token.",
-      "es": "Falta la clave de acceso o no es válida. Abre la pantalla con un token válido."
+      "es": "Falta la clave de acceso o no es válida. Abre la pantalla con una clave de acceso válida."
     },
     "error_network": {
       "en": "Could not reach the server. Check order {id} before trying again.",
