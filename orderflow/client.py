@@ -23,6 +23,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -98,17 +99,30 @@ class Mirror:
         self.epoch: str | None = None
         self.last = 0
         self.orders: dict[str, dict[str, Any]] = {}
+        # Each order's share of the digest is hashed when the digest is read
+        # (on a heartbeat), not on every event, because a replay changes one
+        # order many times between two heartbeats.
+        self._shares: dict[str, int] = {}
+        self._unhashed: set[str] = set()
         self._digest_sum = 0
 
     @property
     def digest(self) -> str:
+        if self._unhashed:
+            for order_id in self._unhashed:
+                share = contribution(order_id, self.orders[order_id]["version"])
+                self._shares[order_id] = share
+                self._digest_sum += share
+            self._unhashed.clear()
         return format_digest(self._digest_sum)
 
     def load_snapshot(self, message: Mapping[str, Any]) -> None:
         self.epoch = message["epoch"]
         self.last = message["head"]
         self.orders = {order["id"]: order for order in message["orders"]}
-        self._digest_sum = sum(contribution(o["id"], o["version"]) for o in self.orders.values())
+        self._shares = {}
+        self._unhashed = set(self.orders)
+        self._digest_sum = 0
 
     def apply(self, event: Mapping[str, Any]) -> bool:
         """Apply ``event`` if it is the next one; return whether it was applied.
@@ -123,14 +137,15 @@ class Mirror:
             raise ValueError(f"gap: event {seq} arrived after {self.last}")
         order = event["order"]
         order_id = order["id"]
-        previous = self.orders.get(order_id)
-        if previous is not None:
-            self._digest_sum -= contribution(order_id, previous["version"])
+        share = self._shares.pop(order_id, None)
+        if share is not None:
+            self._digest_sum -= share
         if order["state"] in self.terminal_states:
             self.orders.pop(order_id, None)
+            self._unhashed.discard(order_id)
         else:
             self.orders[order_id] = order
-            self._digest_sum += contribution(order_id, order["version"])
+            self._unhashed.add(order_id)
         self.last = seq
         return True
 
@@ -147,7 +162,7 @@ class _WebSocket:
         self.stream = stream
         self.ws = WSConnection(ConnectionType.CLIENT)
         self._parts: list[str] = []
-        self._pending: list[Any] = []
+        self._pending: deque[Any] = deque()
         self.close_code: int | None = None
 
     @classmethod
@@ -198,23 +213,39 @@ class _WebSocket:
                 else:
                     self._pending.append(event)
 
+    def _decode(self) -> dict[str, Any]:
+        text = "".join(self._parts)
+        self._parts.clear()
+        try:
+            message = json.loads(text)
+        except ValueError:
+            raise _Reconnect(f"invalid JSON message: {text[:80]!r}") from None
+        if not isinstance(message, dict):
+            raise _Reconnect(f"invalid message, not a JSON object: {text[:80]!r}")
+        return message
+
+    def receive_buffered(self) -> dict[str, Any] | None:
+        """Return the next message if it already arrived whole, else None; never waits.
+
+        Pings and close frames stay queued for ``receive``, which replies to them.
+        """
+        pending = self._pending
+        while pending and isinstance(pending[0], TextMessage):
+            event = pending.popleft()
+            self._parts.append(event.data)
+            if event.message_finished:
+                return self._decode()
+        return None
+
     async def receive(self) -> dict[str, Any] | None:
         """Return the next JSON message, or None when the connection closed."""
         while True:
             while self._pending:
-                event = self._pending.pop(0)
+                event = self._pending.popleft()
                 if isinstance(event, TextMessage):
                     self._parts.append(event.data)
                     if event.message_finished:
-                        text = "".join(self._parts)
-                        self._parts.clear()
-                        try:
-                            message = json.loads(text)
-                        except ValueError:
-                            raise _Reconnect(f"invalid JSON message: {text[:80]!r}") from None
-                        if not isinstance(message, dict):
-                            raise _Reconnect(f"invalid message, not a JSON object: {text[:80]!r}")
-                        return message
+                        return self._decode()
                 elif isinstance(event, Ping):
                     await self.stream.send(self.ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
@@ -302,6 +333,7 @@ class Screen:
         self._force_snapshot = False
         self._socket: _WebSocket | None = None
         self._changed = anyio.Event()
+        self._waiters = 0
         self._task_group: anyio.abc.TaskGroup | None = None
         self._listeners: list[MemoryObjectSendStream[ScreenChange]] = []
         self._session_scope: anyio.CancelScope | None = None
@@ -329,7 +361,11 @@ class Screen:
         """Wait until ``predicate(mirror)`` holds; raise ``TimeoutError`` after ``timeout`` s."""
         with anyio.fail_after(timeout):
             while not predicate(self.mirror):
-                await self._changed.wait()
+                self._waiters += 1
+                try:
+                    await self._changed.wait()
+                finally:
+                    self._waiters -= 1
 
     async def wait_for_seq(self, seq: int, timeout: float = 10.0) -> None:
         await self.wait_until(lambda mirror: mirror.last >= seq and self.connected, timeout)
@@ -364,8 +400,11 @@ class Screen:
         self._wake()
 
     def _wake(self) -> None:
-        changed, self._changed = self._changed, anyio.Event()
-        changed.set()
+        # A waiter checks its predicate before it waits, so a change with no
+        # waiter needs no wake-up (and no new Event).
+        if self._waiters:
+            changed, self._changed = self._changed, anyio.Event()
+            changed.set()
 
     def _set_connected(self) -> None:
         # wait_until predicates may test ``connected``, so wake them.
@@ -484,12 +523,15 @@ class Screen:
         heartbeat_deadline: float | None = None
         announced_head = 0
         while True:
-            timeout = self.silence_timeout
-            if heartbeat_deadline is not None:
-                timeout = max(0.0, heartbeat_deadline - anyio.current_time())
-            message: dict[str, Any] | None = None
-            with anyio.move_on_after(timeout):
-                message = await self._receive(socket)
+            # A message that arrived whole with the ones before it needs no
+            # timeout, which saves a cancel scope per event in a replay.
+            message = socket.receive_buffered()
+            if message is None:
+                timeout = self.silence_timeout
+                if heartbeat_deadline is not None:
+                    timeout = max(0.0, heartbeat_deadline - anyio.current_time())
+                with anyio.move_on_after(timeout):
+                    message = await self._receive(socket)
             if message is None:
                 if heartbeat_deadline is not None and anyio.current_time() >= heartbeat_deadline:
                     raise _Reconnect("a heartbeat announced events that never came")

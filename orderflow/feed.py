@@ -163,7 +163,11 @@ class LocationFeed:
         self.epoch = ""
         self.head = 0
         self.oldest = 0
-        self._orders: dict[str, tuple[Order, str]] = {}
+        # Each active order with its share of the digest. The share stays None
+        # until the digest is next read, because a burst changes one order
+        # many times between two heartbeats.
+        self._orders: dict[str, tuple[Order, int | None]] = {}
+        self._unhashed: set[str] = set()
         self._digest_sum = 0
         self._snapshot_json: str | None = None
         self._recent: deque[Event] = deque(maxlen=options.replay_buffer)
@@ -182,6 +186,13 @@ class LocationFeed:
 
     @property
     def digest(self) -> str:
+        if self._unhashed:
+            for order_id in self._unhashed:
+                order, _ = self._orders[order_id]
+                share = contribution(order.id, order.version)
+                self._orders[order_id] = (order, share)
+                self._digest_sum += share
+            self._unhashed.clear()
         return format_digest(self._digest_sum)
 
     @property
@@ -197,7 +208,7 @@ class LocationFeed:
     def snapshot_json(self) -> str:
         """Return the JSON body of ``GET /orders/active`` at the head, built once per head."""
         if self._snapshot_json is None:
-            orders = ",".join(text for _, text in self._orders.values())
+            orders = ",".join(order.to_json() for order, _ in self._orders.values())
             self._snapshot_json = (
                 f'{{"location":{dumps(self.location)},"epoch":{dumps(self.epoch)},'
                 f'"head":{self.head},"digest":"{self.digest}","orders":[{orders}]}}'
@@ -373,8 +384,9 @@ class LocationFeed:
         went_back = snapshot.head < self.head
         self.epoch = snapshot.epoch
         self.head = snapshot.head
-        self._orders = {order.id: (order, order.to_json()) for order in snapshot.orders}
-        self._digest_sum = sum(contribution(o.id, o.version) for o in snapshot.orders)
+        self._orders = {order.id: (order, None) for order in snapshot.orders}
+        self._unhashed = set(self._orders)
+        self._digest_sum = 0
         self._snapshot_json = None
         self._recent.clear()
         self._last_check = time.monotonic()
@@ -450,15 +462,16 @@ class LocationFeed:
     def _apply(self, event: Event) -> None:
         order = event.order
         previous = self._orders.get(order.id)
-        if previous is not None:
-            self._digest_sum -= contribution(order.id, previous[0].version)
+        if previous is not None and previous[1] is not None:
+            self._digest_sum -= previous[1]
         if self._lifecycle.is_active(order.state):
             # Assigning to an existing key keeps its place, so the orders
             # stay in creation order, as in a snapshot read from the database.
-            self._orders[order.id] = (order, order.to_json())
-            self._digest_sum += contribution(order.id, order.version)
+            self._orders[order.id] = (order, None)
+            self._unhashed.add(order.id)
         elif previous is not None:
             del self._orders[order.id]
+            self._unhashed.discard(order.id)
         self.head = event.seq
         self._snapshot_json = None
         self._recent.append(event)

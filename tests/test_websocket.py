@@ -140,6 +140,8 @@ class WsClient:
                 for event in ws.events():
                     if isinstance(event, AcceptConnection):
                         client = cls(stream, ws, event.subprotocol)
+                        # Frames that came in the same read as the 101.
+                        client._events.extend(ws.events())
                         return client
                     if isinstance(event, RejectConnection):
                         reject = event

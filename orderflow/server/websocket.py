@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
@@ -99,7 +100,9 @@ class WebSocketSession:
         self.id = session_id
         self.feed = feed
         self.ws = WSConnection(ConnectionType.SERVER)
-        self._write_lock = anyio.Lock()
+        # An uncontended acquire takes no checkpoint of its own, because the
+        # send inside the lock yields to the event loop anyway.
+        self._write_lock = anyio.Lock(fast_acquire=True)
         self._subscriber: FeedSubscriber | None = None
         self._stop_reason: str | None = None
         self._reader_done = anyio.Event()
@@ -185,6 +188,10 @@ class WebSocketSession:
                 heartbeat_at = anyio.current_time() + self.config.heartbeat_interval
 
     async def _send_start(self, attachment: Attachment) -> None:
+        # The first message waits for one pass of the event loop after the 101
+        # response, so it rarely shares a read with it: some clients drop
+        # frames that arrive in the same read as the 101.
+        await anyio.lowlevel.checkpoint()
         feed = self.feed
         if attachment.kind == "snapshot":
             self.outcome = f"snapshot at {attachment.head}"
@@ -323,11 +330,14 @@ class WebSocketSession:
             return
         try:
             async with self._write_lock:
-                with anyio.fail_after(self.config.send_timeout):
+                # fail_after without its two generator context managers (anyio
+                # 4.16), because this runs for every batch sent to every screen.
+                deadline = anyio.current_time() + self.config.send_timeout
+                with anyio.CancelScope(deadline=deadline) as scope:
                     await self.stream.send(data)
-        except TimeoutError:
-            self._close = self._close or _Closed(1006, "send timed out; the screen stopped reading")
-            raise self._close from None
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self._close = self._close or _Closed(1006, "connection lost")
             raise self._close from None
+        if scope.cancelled_caught:
+            self._close = self._close or _Closed(1006, "send timed out; the screen stopped reading")
+            raise self._close
