@@ -257,8 +257,8 @@ def _not_before(now: datetime, previous: datetime) -> datetime:
     return previous if now < previous else now
 
 
-# Validation of untrusted input. Every error names the field and says what
-# a valid value looks like.
+# Validation of untrusted input. Every error names the field and describes
+# a valid value.
 
 
 def validate_order_id(value: Any, field_name: str = "id") -> str:

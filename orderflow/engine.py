@@ -177,7 +177,7 @@ class Transaction:
     def apply_transition(
         self, request: core.TransitionRequest, idempotency_key: str | None = None
     ) -> Order:
-        """Move an order as an already validated request says."""
+        """Move an order as an already validated request specifies."""
         key = _key(idempotency_key)
         self._check_usable()
         locked = self._tx.lock_order(request.order_id, key)

@@ -123,9 +123,9 @@ class FeedSubscriber:
 class Attachment:
     """How a new subscriber starts: from a snapshot or by resuming.
 
-    For ``resumed``, ``replay`` holds the events in (since, head] when the
+    For ``resumed``, ``replay`` contains the events in (since, head] when the
     feed still has them in memory; None means they must be read from the
-    log (``LocationFeed.read_range``).
+    log (``LocationFeed.read_page``).
     """
 
     kind: Literal["snapshot", "resumed"]
@@ -263,7 +263,7 @@ class LocationFeed:
     def attach(
         self, since: int | None, epoch: str | None, max_replay: int | None = None
     ) -> Attachment:
-        """Register a subscriber at the head and say how it starts.
+        """Register a subscriber at the head and return how it starts.
 
         Runs without awaiting, so no event can slip between the starting
         point and the subscriber's queue. The rules: a resume needs the

@@ -213,7 +213,7 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class LogPosition:
-    """Where a location's event log stands.
+    """The position of a location's event log.
 
     ``head`` is the seq of the newest event (0 for an empty log) and
     ``oldest`` the seq after which events are retained: ``events_since(n)``

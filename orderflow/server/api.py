@@ -37,7 +37,7 @@ class _MethodNotAllowed(OrderflowError):
 
 
 class Api:
-    """Answers the HTTP requests of one server."""
+    """The request handlers of one server."""
 
     def __init__(self, engine: AsyncEngine, config: ServerConfig) -> None:
         self.engine = engine
@@ -48,7 +48,7 @@ class Api:
     # Dispatch.
 
     async def handle(self, request: Request) -> Response:
-        """Answer ``request``; every ``OrderflowError`` becomes a problem document."""
+        """Route ``request`` to its handler; every ``OrderflowError`` becomes a problem document."""
         try:
             handler, argument = self._route(request)
             auth = self.authenticate(request) if handler not in self._public else None

@@ -17,7 +17,7 @@ MIB = 1024 * KIB
 
 @dataclass(frozen=True, slots=True)
 class TokenInfo:
-    """Who a bearer token belongs to: the actor recorded on its changes and its roles."""
+    """The holder of a bearer token: the actor recorded on its changes, and its roles."""
 
     actor: str
     roles: frozenset[str] = frozenset()

@@ -64,7 +64,7 @@ class Change:
     """One order change to commit: the new order row, its event and its key.
 
     ``previous_version`` is None for a new order; otherwise the row is
-    updated only if it is still at that version. ``active`` says whether the
+    updated only if it is still at that version. ``active`` is whether the
     order belongs in snapshots, that is, whether its state is not terminal.
     """
 
@@ -102,7 +102,7 @@ class WriteTransaction(Protocol):
 
 @runtime_checkable
 class Storage(Protocol):
-    """A database that holds orders, event logs and idempotency keys.
+    """A database that stores orders, event logs and idempotency keys.
 
     Methods are blocking and thread-safe; the async engine calls them from
     worker threads so they never block an event loop.
@@ -156,7 +156,7 @@ class Storage(Protocol):
     def locations(self) -> list[LogPosition]: ...
 
     def ping(self) -> None:
-        """Raise a ``StorageError`` unless the database answers a trivial query."""
+        """Raise a ``StorageError`` unless the database returns the result of a trivial query."""
         ...
 
     def prune(self, location: str, before: datetime) -> int:
