@@ -80,7 +80,7 @@ class ApiError(OrderflowError):
 
 @dataclass(frozen=True, slots=True)
 class ScreenChange:
-    """What changed in a mirror: a whole snapshot, or one event."""
+    """A change in a mirror: a whole snapshot, or one event."""
 
     kind: str  # "snapshot" or "event"
     seq: int

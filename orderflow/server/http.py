@@ -1,7 +1,7 @@
 """HTTP/1.1 on one connection: h11 for the protocol, anyio for the socket.
 
 ``HttpConnection`` reads requests with their limits and timeouts enforced
-and writes responses; it knows nothing about orders. A request that breaks
+and writes responses; it has no notion of orders. A request that breaks
 a limit is answered with a problem document and the connection is closed,
 because an unread body or a broken head leaves no safe place to continue.
 """
