@@ -3,8 +3,8 @@
 Brokers deliver from threads that are not the consumer's: the committing
 worker thread, a Redis listener thread. The async consumer may run on
 asyncio or trio, so the wake-up goes through a socket pair that the consumer
-waits on with ``anyio.wait_readable``; that works on every anyio backend
-and costs one small write only when the consumer is actually asleep.
+waits on with ``anyio.wait_readable``. That works on every anyio backend,
+and it costs one small write only when the consumer is actually asleep.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class Inbox(Generic[T]):
     def _wake(self) -> None:
         writer = self._wake_writer
         if writer is not None:
-            # A full socket buffer already holds a wake-up; a closed one
+            # A full socket buffer already contains a wake-up; a closed one
             # belongs to a closed inbox.
             with contextlib.suppress(OSError):
                 writer.send(b"\0")

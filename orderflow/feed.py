@@ -121,7 +121,7 @@ class FeedSubscriber:
 
 @dataclass(slots=True)
 class Attachment:
-    """How a new subscriber starts: from a snapshot or by resuming.
+    """The start of a new subscriber: from a snapshot or by resuming.
 
     For ``resumed``, ``replay`` contains the events in (since, head] when the
     feed still has them in memory; None means they must be read from the

@@ -39,7 +39,7 @@ __all__ = ["DEFAULT_LIFECYCLE", "RESTAURANT_LIFECYCLE", "Lifecycle", "Transition
 
 # The default restaurant lifecycle. Orders start PENDING; COMPLETED,
 # CANCELLED and REJECTED end them. READY -> PREPARING recalls an order to
-# the kitchen. Cancelling needs a reason so the pass knows why food stopped.
+# the kitchen. Cancelling needs a reason, so the pass can see why food stopped.
 RESTAURANT_LIFECYCLE: dict[str, Any] = {
     "name": "restaurant",
     "initial": "PENDING",

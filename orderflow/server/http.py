@@ -266,7 +266,7 @@ class HttpConnection:
         if length is not None and length.isdigit() and int(length) > limit:
             raise ProtocolFailure(problem_response(PayloadTooLarge(limit)))
         if self.h11.they_are_waiting_for_100_continue:
-            # The client holds the body back until it reads 100 Continue.
+            # The client sends the body only after it reads 100 Continue.
             interim = self.h11.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
             with anyio.fail_after(self.config.send_timeout):
                 await self.stream.send(interim)

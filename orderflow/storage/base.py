@@ -93,9 +93,9 @@ class WriteTransaction(Protocol):
 
         The event's seq must be the location's head + 1. Raises ``IdConflict``
         when a new order's id is taken. An adapter that sends its writes
-        together with COMMIT (PostgreSQL) may raise it from the next call in
-        the transaction or when the ``write()`` block commits instead;
-        nothing is committed either way.
+        together with COMMIT (PostgreSQL) may raise it later instead, from the
+        next call in the transaction or when the ``write()`` block commits.
+        Nothing is committed either way.
         """
         ...
 
@@ -126,8 +126,8 @@ class Storage(Protocol):
 
         ``on_commit`` runs right after a successful COMMIT. Adapters that
         serialise writers in-process (SQLite) call it before letting the next
-        writer in, so events leave a process in seq order; others (PostgreSQL)
-        may call it out of seq order across threads, which feeds repair by
+        writer in, so events leave a process in seq order. Others (PostgreSQL)
+        may call it out of seq order across threads. Feeds repair that by
         reading the missing events from the log.
         """
         ...
